@@ -86,3 +86,20 @@ def mean_std_table_cell(values: Sequence[float], *, percent: bool = False, digit
     values = np.asarray(values, dtype=float) * (100 if percent else 1)
     suffix = "%" if percent else ""
     return f"{np.nanmean(values):.{digits}f}±{np.nanstd(values):.{digits}f}{suffix}"
+
+
+def show_table(table: "pandas.DataFrame", output_dir: str | Path, name: str, *,
+               float_format: str = ".3f") -> Path:
+    """Write `table` as ``<output_dir>/<name>.csv`` and display it as a Markdown table.
+
+    Markdown output renders in Jupyter, in nbconvert HTML and in Quarto's HTML and PDF
+    (Typst) outputs alike. Returns the CSV path.
+    """
+    from IPython.display import Markdown, display
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"{name}.csv"
+    table.to_csv(path)
+    display(Markdown(table.to_markdown(floatfmt=float_format)))
+    return path
