@@ -82,9 +82,11 @@ def plot_roc(axis: plt.Axes, curves: Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 
 def mean_std_table_cell(values: Sequence[float], *, percent: bool = False, digits: int = 3) -> str:
-    """Format values as 'mean ± std' (std over target classes, ddof=0)."""
+    """Format values as 'mean ± std' (std over target classes, ddof=0), NaN values ignored."""
     values = np.asarray(values, dtype=float) * (100 if percent else 1)
     suffix = "%" if percent else ""
+    if np.isnan(values).all():
+        return "n/a"  # e.g. a TPR at an FPR below what the number of non-members resolves
     return f"{np.nanmean(values):.{digits}f}±{np.nanstd(values):.{digits}f}{suffix}"
 
 

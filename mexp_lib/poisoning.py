@@ -369,7 +369,7 @@ def make_poisoning_set(attack: str, pool: ImageSet, *, target_class: int, budget
         raise ValueError("the clean-label attack needs the attacker's extractor")
     request = PoisoningRequest(
         attack=attack, dataset=dataset, pool=f"{pool.name}:{images_digest(pool.images)}",
-        extractor=extractor.cache_tag if attack == "clean_label" else "-",
+        extractor=extractor.cache_tag if attack == "clean_label" else "any-extractor",
         target_class=target_class, budget=budget, seed=seed,
         crafting=asdict(config) if attack == "clean_label" else {},
     )
