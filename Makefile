@@ -40,3 +40,6 @@ sync: setup
 
 clean:
 	rm -rf build/$(PROFILE)
+
+bench: setup
+	$(PY) bench/bench.py
