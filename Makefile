@@ -38,8 +38,14 @@ notebook: setup
 sync: setup
 	$(VENV)/bin/jupytext --sync notebooks/*.py
 
+# Render the report of PROFILE: the Quarto manuscript (HTML and Typst PDF) in
+# build/$(PROFILE)/report/ when quarto is on PATH, and always the nbconvert fallback
+# in build/$(PROFILE)/report-html/.
+report: notebooks
+	$(PY) -m mexp_lib.report --profile $(PROFILE)
+
 clean:
-	rm -rf build/$(PROFILE)
+	rm -rf build/$(PROFILE) report/results report/_variables.yml report/_output report/.quarto
 
 bench: setup
 	$(PY) bench/bench.py

@@ -91,11 +91,11 @@ def mean_std_table_cell(values: Sequence[float], *, percent: bool = False, digit
 
 
 def show_table(table: "pandas.DataFrame", output_dir: str | Path, name: str, *,
-               float_format: str = ".3f") -> Path:
+               float_format: str = ".3f") -> None:
     """Write `table` as ``<output_dir>/<name>.csv`` and display it as a Markdown table.
 
     Markdown output renders in Jupyter, in nbconvert HTML and in Quarto's HTML and PDF
-    (Typst) outputs alike. Returns the CSV path.
+    (Typst) outputs alike. Nothing is returned, so the cell's only output is the table.
     """
     from IPython.display import Markdown, display
 
@@ -104,4 +104,3 @@ def show_table(table: "pandas.DataFrame", output_dir: str | Path, name: str, *,
     path = output_dir / f"{name}.csv"
     table.to_csv(path)
     display(Markdown(table.to_markdown(floatfmt=float_format)))
-    return path

@@ -52,12 +52,15 @@ def read_parameters(profile: str, notebook: str, *, root: Path = REPOSITORY) -> 
 
 
 def git_commit(root: Path = REPOSITORY) -> str:
-    """Return the checked-out commit (with '-dirty' for local changes), or 'unknown'."""
+    """Return the checked-out commit, '-dirty' when files differ or are untracked, or 'unknown'."""
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
-                              cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        changes = subprocess.run(["git", "status", "--porcelain"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return f"{commit}-dirty" if changes else commit
 
 
 def machine_description() -> str:

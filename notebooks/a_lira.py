@@ -117,7 +117,8 @@ for name, study in studies.items():
             run = shadow.load_or_run_shadow_models(
                 output_dir / "shadow_runs", study.training_data(poisoning),
                 study.nonmember_features, study.splits.nonmembers.labels,
-                name=f"{name}-{attack}-t{target_class}", num_classes=study.num_classes,
+                name=f"{name}-{attack}" + (f"-t{target_class}" if attack != "none" else ""),
+                num_classes=study.num_classes,
                 n_shadow=n_shadow, seed=seed, epochs=epochs)
             runs[name, attack, target_class] = run
             metrics = shadow.evaluate_lira(run, target_class=target_class)
@@ -210,7 +211,8 @@ display(Markdown(f"Measured in this run (profile {profile}, {len(target_classes)
 #| label: fig-a-roc
 #| fig-cap: "ROC curves of online LiRA on the target class (members vs non-members), log-log axes, one panel per target class; first extractor of the profile."
 panels = target_classes[:4]
-figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), squeeze=False)
+figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False,
+                            layout="constrained")
 for axis, target_class in zip(axes[0], panels):
     curves = {}
     for attack in ATTACKS:
@@ -223,7 +225,7 @@ for axis, target_class in zip(axes[0], panels):
     plots.plot_roc(axis, curves, colors=colors,
                    min_fpr=min(0.1, 1 / nonmembers_per_class))
     axis.set_title(f"target class {class_names[target_class]}")
-    axis.legend(loc="lower right", fontsize="small")
+    axis.legend(loc="upper left", bbox_to_anchor=(0, -0.22), fontsize="small")
 figure.suptitle(f"{dataset}, {extractors[0]}, b_poison={b_poison}, {n_shadow} shadow models")
 plots.save_figure(figure, output_dir, "roc")
 plt.show()
@@ -238,7 +240,8 @@ plt.show()
 #| label: fig-a-scores
 #| fig-cap: "Distribution of online LiRA scores (log-likelihood ratio, higher means member) of target-class members and non-members, per poisoning setting; first extractor, first target class."
 target_class = target_classes[0]
-figure, axes = plt.subplots(1, len(ATTACKS), figsize=(12, 3.4), sharey=True)
+figure, axes = plt.subplots(1, len(ATTACKS), figsize=(12, 3.6), sharey=True,
+                            layout="constrained")
 for axis, attack in zip(axes, ATTACKS):
     member_scores, nonmember_scores = shadow.lira_scores(
         runs[extractors[0], attack, target_class], target_class=target_class)
