@@ -418,8 +418,7 @@ def make_splits(
         The three parts as `Splits`.
 
     Raises:
-        ValueError: a requested size exceeds what a class has left, or a class of
-            `dataset` has no counterpart in `pool_dataset`.
+        ValueError: a requested size exceeds what a class has left.
     """
     for what, size in (("members_per_class", members_per_class),
                        ("nonmembers_per_class", nonmembers_per_class),

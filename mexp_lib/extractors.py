@@ -41,6 +41,7 @@ class ExtractorSpec:
         std: per-channel input standard deviation.
         feature_dim: width d of the pooled feature vector.
         weights: where the weights come from, for messages and the report.
+        min_input_size: smallest input side, in pixels, the architecture accepts.
     """
 
     name: str
@@ -49,6 +50,7 @@ class ExtractorSpec:
     std: tuple[float, float, float]
     feature_dim: int
     weights: str
+    min_input_size: int = 32
 
 
 EXTRACTORS: dict[str, ExtractorSpec] = {}
@@ -175,21 +177,22 @@ def _features_then_pool(model: nn.Module) -> nn.Module:
 
 def _xception(pretrained: bool) -> nn.Module:
     import timm
+    from timm.models import get_pretrained_cfg
 
     try:
         return timm.create_model("legacy_xception", pretrained=pretrained, num_classes=0)
     except (OSError, RuntimeError) as error:
-        raise WeightsUnavailableError(
-            _offline_hint("xception", "the Hugging Face hub (timm/legacy_xception.tf_in1k)")
-        ) from error
+        source = get_pretrained_cfg("legacy_xception").url  # timm 1.0 hosts it as a release file
+        raise WeightsUnavailableError(_offline_hint("xception", source)) from error
 
 
 register(ExtractorSpec("xception", _xception, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 2048,
-                       "timm legacy_xception (ImageNet, Hugging Face hub)"))
+                       "timm legacy_xception (ImageNet)"))
 register(ExtractorSpec(
     "inceptionv3",
     _torchvision_backbone("inceptionv3", "inception_v3", "Inception_V3_Weights", _replace_fc),
-    IMAGENET_MEAN, IMAGENET_STD, 2048, "torchvision Inception_V3_Weights.IMAGENET1K_V1"))
+    IMAGENET_MEAN, IMAGENET_STD, 2048, "torchvision Inception_V3_Weights.IMAGENET1K_V1",
+    min_input_size=75))
 register(ExtractorSpec(
     "vgg16", _torchvision_backbone("vgg16", "vgg16", "VGG16_Weights", _features_then_pool),
     IMAGENET_MEAN, IMAGENET_STD, 512, "torchvision VGG16_Weights.IMAGENET1K_V1"))
@@ -239,15 +242,17 @@ class FeatureExtractor(nn.Module):
         input_size: side of the square input the backbone receives, in pixels.
         pretrained: whether the backbone carries ImageNet weights (recorded for cache
             keys and captions).
+        init_seed: seed of the random initialisation when not pretrained (cache keys).
     """
 
     def __init__(self, spec: ExtractorSpec, backbone: nn.Module, *, input_size: int,
-                 pretrained: bool) -> None:
+                 pretrained: bool, init_seed: int | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.backbone = backbone
         self.input_size = input_size
         self.pretrained = pretrained
+        self.init_seed = init_seed
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
 
@@ -262,7 +267,7 @@ class FeatureExtractor(nn.Module):
     @property
     def cache_tag(self) -> str:
         """Identifies the function g computes, for feature caches."""
-        weights = "imagenet" if self.pretrained else "random-init"
+        weights = "imagenet" if self.pretrained else f"random-init-seed{self.init_seed}"
         return f"{self.name}-{weights}-{self.input_size}px"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -293,12 +298,14 @@ def build_extractor(name: str, *, input_size: int = 96, pretrained: bool = True,
         WeightsUnavailableError: the weights cannot be loaded.
     """
     spec = extractor_spec(name)
-    if input_size < 32:
-        raise ValueError(f"input_size must be at least 32 pixels, got {input_size}")
+    if input_size < spec.min_input_size:
+        raise ValueError(f"input_size must be at least {spec.min_input_size} pixels for {name}, "
+                         f"got {input_size}")
     with torch.random.fork_rng(devices=[]):  # keep the caller's global RNG untouched
         torch.manual_seed(init_seed)
         backbone = spec.build(pretrained)
-    extractor = FeatureExtractor(spec, backbone, input_size=input_size, pretrained=pretrained)
+    extractor = FeatureExtractor(spec, backbone, input_size=input_size, pretrained=pretrained,
+                                 init_seed=None if pretrained else init_seed)
     extractor.eval()
     extractor.requires_grad_(False)
     log.info("built extractor %s (%s)", extractor.cache_tag, spec.weights)

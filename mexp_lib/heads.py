@@ -166,6 +166,8 @@ def train_heads(features: np.ndarray, labels: np.ndarray, *, num_classes: int,
     if train_masks.ndim != 2 or train_masks.shape[1] != len(features):
         raise ValueError(f"train_masks must have shape (M, {len(features)}), "
                          f"got {train_masks.shape}")
+    if len(labels) != len(features):
+        raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
     if len(seeds) != len(train_masks):
         raise ValueError(f"{len(train_masks)} masks but {len(seeds)} seeds")
     if not train_masks.any(axis=1).all():

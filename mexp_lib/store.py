@@ -31,8 +31,12 @@ def save_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **{key: np.asarray(value) for key, value in arrays.items()})
+        # The .npz layout of np.savez, written member by member: np.savez takes the keys as
+        # keyword arguments, which would clash with its own parameters ("file", "allow_pickle").
+        with os.fdopen(handle, "wb") as file, zipfile.ZipFile(file, "w") as archive:
+            for key, value in arrays.items():
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -49,7 +53,10 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        stored = np.load(path, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            raise ValueError("the file is a single .npy array, not an .npz archive")
+        with stored:
             return {key: stored[key] for key in stored.files}
     except FileNotFoundError:
         raise
