@@ -16,7 +16,7 @@ import numpy as np
 from .data import Splits, make_splits
 from .extractors import FeatureExtractor, build_extractor
 from .features import cached_features
-from .poisoning import CraftingConfig, PoisoningSet, make_poisoning_set
+from .poisoning import CraftingConfig, PoisoningSet, make_poisoning_set, poisoning_set_path
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,14 @@ class Study:
                                   budget=budget, seed=seed, extractor=self.extractor,
                                   config=crafting, store_dir=self.run_dir / "poisons",
                                   dataset=self.dataset, progress=progress)
+
+    def poisoning_set_path(self, attack: str, *, target_class: int, budget: int, seed: int,
+                           crafting: CraftingConfig = CraftingConfig()) -> Path:
+        """The file `poisoning_set` reads or writes for these arguments."""
+        return poisoning_set_path(attack, self.splits.pool, target_class=target_class,
+                                  budget=budget, seed=seed, store_dir=self.run_dir / "poisons",
+                                  extractor=self.extractor, config=crafting,
+                                  dataset=self.dataset)
 
     def training_data(self, poisoning: PoisoningSet) -> TrainingData:
         """Concatenate the members with D_poison (features, model labels, groups)."""

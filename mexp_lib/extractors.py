@@ -219,13 +219,22 @@ def to_unit_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.expand(-1, 3, -1, -1) if tensor.shape[1] == 1 else tensor
 
 
+def clip_unit(images: torch.Tensor) -> torch.Tensor:
+    """Clip to [0, 1] in the forward pass; pass gradients through unchanged (straight-through).
+
+    A plain clamp has zero gradient at the bounds, which would freeze every pixel at 0 or
+    255 when poisons are optimised through the model.
+    """
+    return images + (images.clamp(0.0, 1.0) - images).detach()
+
+
 def resize_unit(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize NCHW images in [0, 1] to size x size (bicubic) and clip the overshoot."""
     if images.shape[-2:] == (size, size):
         return images
     resized = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False,
                             antialias=images.shape[-1] > size)
-    return resized.clamp(0.0, 1.0)
+    return clip_unit(resized)
 
 
 def model_inputs(images: np.ndarray, *, input_size: int) -> torch.Tensor:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+
+if TYPE_CHECKING:
+    import pandas
 
 # One color per poisoning setting, used by every notebook.
 ATTACK_COLORS = {"none": "#4c72b0", "dirty_label": "#c44e52", "clean_label": "#55a868"}

@@ -9,8 +9,9 @@ so that D_poison looks class-balanced (C is the number of classes).
 * Clean-label: seeds are pool images of the other classes (balanced over them) that keep
   their true labels. Seed i is paired with base i, a target-class pool image, and perturbed
   within an L-infinity ball of radius eps (in [0, 1] pixel space) to minimise
-  ``||g(seed + delta) - g(base)||^2``. The box [max(0, x - eps), min(1, x + eps)] is
-  enforced by a tanh reparametrisation; Adam with a step-decay schedule minimises the loss.
+  ``||g(seed + delta) - g(base)||^2``. The ball is enforced by the tanh reparametrisation
+  delta = eps * tanh(w) and the pixel range by clipping; Adam with a step-decay schedule
+  minimises the loss.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageSet
-from .extractors import FeatureExtractor, to_unit_tensor
+from .extractors import FeatureExtractor, clip_unit, to_unit_tensor
 from .features import best_device, images_digest
 from .store import load_arrays, save_arrays
 
@@ -219,15 +220,17 @@ def craft_feature_collisions(extractor: FeatureExtractor, seeds: np.ndarray, bas
         seed_images = torch.as_tensor(seeds[batch]).permute(0, 3, 1, 2).float().div(255).to(device)
         with torch.no_grad():
             base_features = extractor(to_unit_tensor(bases[batch]).to(device))
-        lower = (seed_images - config.eps).clamp(min=0.0)
-        upper = (seed_images + config.eps).clamp(max=1.0)
-        # x = lower + (upper - lower) * (tanh(w) + 1) / 2 stays in the box for every w.
-        start_fraction = ((seed_images - lower) / (upper - lower)).clamp(1e-6, 1 - 1e-6)
-        w = torch.atanh(2 * start_fraction - 1).requires_grad_(True)
+        # delta = eps * tanh(w) keeps every perturbation inside the L-infinity ball for any w,
+        # and w = 0 starts at the seed. The clip to [0, 1] lets gradients through unchanged
+        # (straight-through), so pixels that start at 0 or 255 (most of MNIST) can move inwards.
+        # NOTE: the authors describe a tanh reparametrisation of the box without its exact
+        # form. Mapping tanh onto the whole box [max(0, x - eps), min(1, x + eps)] was tried
+        # first and left pixels at 0 or 255 stuck at the edge, where tanh's gradient vanishes.
+        w = torch.zeros_like(seed_images, requires_grad=True)
         optimizer = torch.optim.Adam([w], lr=config.lr)
         previous_loss = math.inf
         for iteration in range(1, config.iterations + 1):
-            perturbed = lower + (upper - lower) * (torch.tanh(w) + 1) / 2
+            perturbed = clip_unit(seed_images + config.eps * torch.tanh(w))
             loss = (extractor(perturbed) - base_features).pow(2).sum(dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -239,7 +242,7 @@ def craft_feature_collisions(extractor: FeatureExtractor, seeds: np.ndarray, bas
                         group["lr"] *= config.decay
                 previous_loss = current
         with torch.no_grad():
-            perturbed = lower + (upper - lower) * (torch.tanh(w) + 1) / 2
+            perturbed = (seed_images + config.eps * torch.tanh(w)).clamp(0.0, 1.0)
         poisons[batch] = _round_within(perturbed, seeds[batch], config.eps)
     return poisons
 
@@ -340,6 +343,30 @@ class PoisoningRequest:
         return f"{self.dataset}-{self.attack}-{self.extractor}-t{self.target_class}-{digest}"
 
 
+def _poisoning_request(attack: str, pool: ImageSet, *, target_class: int, budget: int,
+                       seed: int, extractor: FeatureExtractor | None, config: CraftingConfig,
+                       dataset: str) -> PoisoningRequest:
+    if attack not in ATTACKS[1:]:
+        raise ValueError(f"no stored set for attack {attack!r}; stored attacks: {ATTACKS[1:]}")
+    if attack == "clean_label" and extractor is None:
+        raise ValueError("the clean-label attack needs the attacker's extractor")
+    return PoisoningRequest(
+        attack=attack, dataset=dataset, pool=f"{pool.name}:{images_digest(pool.images)}",
+        extractor=extractor.cache_tag if attack == "clean_label" else "any-extractor",
+        target_class=target_class, budget=budget, seed=seed,
+        crafting=asdict(config) if attack == "clean_label" else {},
+    )
+
+
+def poisoning_set_path(attack: str, pool: ImageSet, *, target_class: int, budget: int,
+                       seed: int, store_dir: str | Path, extractor: FeatureExtractor | None = None,
+                       config: CraftingConfig = CraftingConfig(), dataset: str = "") -> Path:
+    """Return the file under `store_dir` that holds (or will hold) this poisoning set."""
+    request = _poisoning_request(attack, pool, target_class=target_class, budget=budget,
+                                 seed=seed, extractor=extractor, config=config, dataset=dataset)
+    return Path(store_dir) / f"{request.key()}.npz"
+
+
 def make_poisoning_set(attack: str, pool: ImageSet, *, target_class: int, budget: int, seed: int,
                        extractor: FeatureExtractor | None = None,
                        config: CraftingConfig = CraftingConfig(), store_dir: str | Path | None = None,
@@ -365,14 +392,8 @@ def make_poisoning_set(attack: str, pool: ImageSet, *, target_class: int, budget
         raise ValueError(f"unknown attack {attack!r}; choose one of {ATTACKS}")
     if attack == "none":
         return no_poisoning(pool, target_class=target_class)
-    if attack == "clean_label" and extractor is None:
-        raise ValueError("the clean-label attack needs the attacker's extractor")
-    request = PoisoningRequest(
-        attack=attack, dataset=dataset, pool=f"{pool.name}:{images_digest(pool.images)}",
-        extractor=extractor.cache_tag if attack == "clean_label" else "any-extractor",
-        target_class=target_class, budget=budget, seed=seed,
-        crafting=asdict(config) if attack == "clean_label" else {},
-    )
+    request = _poisoning_request(attack, pool, target_class=target_class, budget=budget,
+                                 seed=seed, extractor=extractor, config=config, dataset=dataset)
     path = Path(store_dir) / f"{request.key()}.npz" if store_dir is not None else None
     if path is not None and path.exists():
         log.info("reusing poisoning set %s", path)
