@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mexp_lib.extractors import FeatureExtractor, build_extractor
+from mexp_lib.runner import NOTEBOOKS, REPOSITORY, NotebookFailed, run_notebook
 
 IMAGE_SIDE = 8
 
@@ -94,3 +95,41 @@ def count_forward_calls() -> Iterator[Callable[[FeatureExtractor], list[int]]]:
     for handle in handles:
         handle.remove()
 
+
+
+@pytest.fixture(scope="session")
+def smoke_build(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
+    """Execute every existing notebook on the smoke profile once per test session.
+
+    Notebooks run in the order A, B, C, D into one build folder, so later notebooks reuse
+    the poisoning sets of earlier ones as in a real run. Returns the build folder and,
+    per notebook tried, its error message or None when it finished.
+    """
+    build = tmp_path_factory.mktemp("notebooks") / "smoke"
+    attempts: dict[str, str | None] = {}
+    for notebook in NOTEBOOKS:
+        if not (REPOSITORY / "notebooks" / f"{notebook}.py").exists():
+            continue
+        try:
+            run_notebook(notebook, profile="smoke", build_dir=build)
+            attempts[notebook] = None
+        except (NotebookFailed, FileNotFoundError) as error:
+            attempts[notebook] = str(error)
+    return build, attempts
+
+
+@pytest.fixture(scope="session")
+def smoke_notebook(smoke_build) -> Callable[[str], tuple[Path, Path]]:
+    """Return a function mapping a notebook name to (build folder, executed notebook).
+
+    The function fails the calling test with the notebook's error when it did not finish.
+    """
+
+    def executed(notebook: str) -> tuple[Path, Path]:
+        build, attempts = smoke_build
+        error = attempts.get(notebook, "was not run")
+        if error is not None:
+            pytest.fail(f"{notebook} on the smoke profile: {error}")
+        return build, build / f"{notebook}.ipynb"
+
+    return executed

@@ -6,13 +6,11 @@ import nbformat
 import pandas as pd
 import pytest
 
-from mexp_lib.runner import run_notebook
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    build = tmp_path_factory.mktemp("smoke")
-    return build, run_notebook("a_lira", profile="smoke", build_dir=build)
+def executed(smoke_notebook):
+    return smoke_notebook("a_lira")
 
 
 @pytest.mark.notebook

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mexp_lib.runner import REPOSITORY, run_notebook
+from mexp_lib.runner import REPOSITORY
 
 # Keys of notebook D's parameter files that must equal notebook A's, so that both
 # notebooks read the same stored poisoning sets (D name -> A name).
@@ -18,9 +18,8 @@ SHARED_KEYS["shared_target_classes"] = "target_classes"
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
-    build = tmp_path_factory.mktemp("smoke")
-    return build, run_notebook("d_galleries", profile="smoke", build_dir=build)
+def executed(smoke_notebook):
+    return smoke_notebook("d_galleries")
 
 
 @pytest.mark.notebook

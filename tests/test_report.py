@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from mexp_lib import report
-from mexp_lib.runner import NOTEBOOKS, REPOSITORY, NotebookFailed, run_notebook
+from mexp_lib.runner import NOTEBOOKS, REPOSITORY
 
 LABEL_PREFIXES = {"a_lira": "a", "b_heuristic": "b", "c_dpsgd": "c", "d_galleries": "d"}
 CODE_MARKER = "code_that_must_stay_hidden = 1"
@@ -427,26 +427,6 @@ def test_main_rejects_missing_build(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- smoke notebooks
-
-
-@pytest.fixture(scope="session")
-def smoke_build(tmp_path_factory) -> tuple[Path, dict[str, str | None]]:
-    """Execute every existing notebook on the smoke profile once per session.
-
-    Returns the build folder and the notebooks it tried to run, each with its error
-    message, or None when it finished.
-    """
-    build = tmp_path_factory.mktemp("report-smoke") / "smoke"
-    attempts: dict[str, str | None] = {}
-    for notebook in NOTEBOOKS:
-        if not (REPOSITORY / "notebooks" / f"{notebook}.py").exists():
-            continue
-        try:
-            run_notebook(notebook, profile="smoke", build_dir=build)
-            attempts[notebook] = None
-        except (NotebookFailed, FileNotFoundError) as error:
-            attempts[notebook] = str(error)
-    return build, attempts
 
 
 @pytest.fixture(scope="session")
