@@ -404,6 +404,9 @@ def make_poisoning_set(attack: str, pool: ImageSet, *, target_class: int, budget
         result = clean_label(pool, extractor, target_class=target_class, budget=budget,
                              seed=seed, config=config, device=device, progress=progress)
     if path is not None:
+        if path.exists():  # another run stored the same set meanwhile: keep one copy
+            log.info("keeping the poisoning set another run stored at %s", path)
+            return PoisoningSet.load(path)
         result.save(path)
         path.with_suffix(".json").write_text(json.dumps(asdict(request), indent=2) + "\n")
     return result
