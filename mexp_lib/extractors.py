@@ -168,6 +168,11 @@ def _torchvision_backbone(name: str, builder: str, weights_enum: str,
 
 def _replace_fc(model: nn.Module) -> nn.Module:
     model.fc = nn.Identity()
+    if getattr(model, "AuxLogits", None) is not None:
+        # Inception v3's auxiliary classifier runs in train mode only, is no part of g, and
+        # its 5x5 pooling fails on the 4x4 feature map of a 96 px input.
+        model.AuxLogits = None
+        model.aux_logits = False
     return model
 
 
