@@ -240,7 +240,7 @@ def _load_image_folder(dataset: str, split: str, folder: Path) -> ImageSource:
 
     tree = ImageFolder(folder)
     if not tree.samples:
-        raise FileNotFoundError(f"{folder} holds no images in <class>/<image> folders")
+        raise FileNotFoundError(f"{folder} contains no images in <class>/<image> folders")
     log.info("decoding %d images of %s", len(tree.samples), folder)
     images = []
     for path, _ in tree.samples:
@@ -256,7 +256,7 @@ def _load_image_folder(dataset: str, split: str, folder: Path) -> ImageSource:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """How the study splits one dataset.
+    """Split recipe of one dataset.
 
     Attributes:
         splits: splits the dataset has.

@@ -1,6 +1,6 @@
 """One dataset with one extractor: the splits, g, cached features and poisoning sets.
 
-`Study` is what every notebook starts from. It holds the three splits, the frozen
+`Study` is what every notebook starts from. It contains the three splits, the frozen
 extractor and the features of members and non-members, and builds (or reuses) the
 poisoning sets of a run, so that notebooks A to D share one copy of each poisoning set.
 """
@@ -85,7 +85,7 @@ class Study:
 
     def poisoning_set_path(self, attack: str, *, target_class: int, budget: int, seed: int,
                            crafting: CraftingConfig = CraftingConfig()) -> Path:
-        """The file `poisoning_set` reads or writes for these arguments."""
+        """Return the file `poisoning_set` reads or writes for these arguments."""
         return poisoning_set_path(attack, self.splits.pool, target_class=target_class,
                                   budget=budget, seed=seed, store_dir=self.run_dir / "poisons",
                                   extractor=self.extractor, config=crafting,

@@ -1,6 +1,6 @@
 """Registry of ImageNet-pretrained feature extractors g.
 
-Each registry entry knows how to build its backbone, where its weights come from, its
+Each registry entry records how to build its backbone, where its weights come from, its
 input normalisation and its feature width. `build_extractor` wraps the backbone in a
 `FeatureExtractor`, which takes images in [0, 1] of any size and channel count, resizes
 them (bicubic) to the study's input size, normalises them and returns one globally
@@ -138,7 +138,8 @@ for _variant, _width in ((0, 1280), (1, 1280), (2, 1280)):
 
 
 # ---------------------------------------------------------------------------------------
-# The paper's extractors: torchvision and timm ImageNet weights, downloaded on first use.
+# Xception, InceptionV3, VGG16, ResNet50 and MobileNetV2 (the extractors of Chen et al.):
+# torchvision and timm ImageNet weights, downloaded on first use.
 
 
 def _offline_hint(name: str, where: str) -> str:
@@ -243,7 +244,7 @@ def resize_unit(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def model_inputs(images: np.ndarray, *, input_size: int) -> torch.Tensor:
-    """Return images as the model sees them before normalisation: RGB, resized, in [0, 1]."""
+    """Return images as the model receives them before normalisation: RGB, resized, in [0, 1]."""
     return resize_unit(to_unit_tensor(images), input_size)
 
 

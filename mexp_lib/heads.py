@@ -2,7 +2,7 @@
 
 The head is Linear(d, 128) -> tanh -> Linear(128, C), trained on frozen features with
 Adam and softmax cross-entropy. `train_heads` trains M heads as one tensor program:
-weights are stacked along a model axis, model m sees only the samples of its row of
+weights are stacked along a model axis, model m trains only on the samples of its row of
 ``train_masks``, and each model follows exactly the schedule it would follow alone
 (its own initialisation, its own shuffled mini-batches, its own Adam state and step
 count). This is what makes 128 LiRA shadow models affordable.

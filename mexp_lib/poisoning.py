@@ -112,7 +112,7 @@ def _check_budget(pool: ImageSet, target_class: int, budget: int) -> np.ndarray:
 
 
 def no_poisoning(pool: ImageSet, *, target_class: int) -> PoisoningSet:
-    """An empty D_poison, for the clean baseline."""
+    """Return an empty D_poison, for the clean baseline."""
     empty_int = np.zeros(0, dtype=np.int64)
     return PoisoningSet("none", target_class, pool.images[:0], empty_int, empty_int,
                         np.zeros(0, dtype=bool), empty_int, empty_int,
@@ -361,7 +361,7 @@ def _poisoning_request(attack: str, pool: ImageSet, *, target_class: int, budget
 def poisoning_set_path(attack: str, pool: ImageSet, *, target_class: int, budget: int,
                        seed: int, store_dir: str | Path, extractor: FeatureExtractor | None = None,
                        config: CraftingConfig = CraftingConfig(), dataset: str = "") -> Path:
-    """Return the file under `store_dir` that holds (or will hold) this poisoning set."""
+    """Return the file under `store_dir` that stores (or will store) this poisoning set."""
     request = _poisoning_request(attack, pool, target_class=target_class, budget=budget,
                                  seed=seed, extractor=extractor, config=config, dataset=dataset)
     return Path(store_dir) / f"{request.key()}.npz"

@@ -3,7 +3,7 @@
 The setting of Tramer et al., *Truth Serum* (CCS 2022), as the study uses it: the
 population is D_clean ∪ D_test. The target model trains on D_clean plus D_poison. Each
 of M shadow models trains on a random half of the population plus the same D_poison,
-because the attacker knows its own poisons. Every population sample is IN for exactly
+because the attacker has its own poisons. Every population sample is IN for exactly
 M/2 shadow models (the balanced assignment of Carlini et al.'s reference code).
 Membership is then judged on the target class: its members against its non-members.
 """

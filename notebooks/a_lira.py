@@ -26,7 +26,7 @@
 # D_clean plus a dirty-label D_poison, and D_clean plus a clean-label D_poison, with the
 # same budget b_poison. On each we train the target head and `n_shadow` shadow heads. Every
 # shadow model trains on a random half of D_clean ∪ D_test plus the same D_poison, because
-# the attacker knows its poisons; each sample is IN for exactly half of the shadow models.
+# the attacker has its poisons. Each sample is IN for exactly half of the shadow models.
 # LiRA then scores the target model's logit-scaled confidence on each target-class sample
 # against Gaussians fitted to the shadow models' scores.
 

@@ -77,7 +77,6 @@ import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import seaborn as sns
 from IPython.display import Markdown, display
 
