@@ -80,7 +80,7 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from IPython.display import Markdown, display
 
-from mexp_lib import finetune, plots
+from mexp_lib import finetune, h_studies, plots
 from mexp_lib.experiment import load_study
 from mexp_lib.poisoning import ATTACKS, CraftingConfig
 
@@ -133,7 +133,7 @@ display(Markdown(
 # space can separate the extractors.)
 
 # %%
-extractor_curves = finetune.extractor_h_curves(
+extractor_curves = h_studies.extractor_h_curves(
     study.splits.members, dataset=dataset, extractors=extractors,
     untrained_reference=untrained_reference, input_size=input_size,
     target_classes=target_classes, cache_dir=cache_dir, chunk_size=chunk_size)
@@ -142,23 +142,23 @@ extractor_curves = finetune.extractor_h_curves(
 #| label: fig-b-cdf-extractors
 #| fig-cap: "CDF of h of the target-class members of clean models, per extractor's feature space and in input space, averaged over the target classes; symmetric-log h axis (linear within [-1, 1])."
 palette = dict(zip(extractors, sns.color_palette("colorblind", len(extractors)).as_hex()))
-input_label = finetune.input_space_label(input_size)
+input_label = h_studies.input_space_label(input_size)
 colors = {**palette, input_label: "black"}
 styles = {input_label: ":"}
 if untrained_reference:
-    colors[finetune.untrained_label(untrained_reference)] = "#7f7f7f"
-    styles[finetune.untrained_label(untrained_reference)] = "--"
+    colors[h_studies.untrained_label(untrained_reference)] = "#7f7f7f"
+    styles[h_studies.untrained_label(untrained_reference)] = "--"
 figure, axis = plt.subplots(figsize=(6.4, 4.0))
-finetune.plot_h_cdfs(axis, extractor_curves, colors=colors, styles=styles)
+h_studies.plot_h_cdfs(axis, extractor_curves, colors=colors, styles=styles)
 axis.set_title(f"{dataset}, clean models, {input_size} px, profile {profile}")
-finetune.add_figure_legend(figure, axis, columns=2)
+h_studies.add_figure_legend(figure, axis, columns=2)
 plots.save_figure(figure, output_dir, "cdf_extractors")
 plt.show()
 
 # %%
 #| label: tbl-b-h-extractors
 #| tbl-cap: "h of the target-class members of clean models: share below 0, 10th percentile and median of the class-averaged distribution."
-extractor_table = finetune.h_table(extractor_curves, class_names=class_names)
+extractor_table = h_studies.h_table(extractor_curves, class_names=class_names)
 plots.show_table(extractor_table, output_dir, "h_extractors")
 
 # %% [markdown]
@@ -175,7 +175,7 @@ text = (f"Measured in this run: among the pretrained extractors, `{ranking.index
         f"lowest median h and `{ranking.index[-1]}` the highest.\n\n" + "\n".join(lines))
 text += (f"\n\nIn input space the median h is {extractor_table.loc[input_label, 'median h']:.3f}.")
 if untrained_reference:
-    untrained_median = extractor_table.loc[finetune.untrained_label(untrained_reference),
+    untrained_median = extractor_table.loc[h_studies.untrained_label(untrained_reference),
                                            "median h"]
     pretrained_median = extractor_table.loc[untrained_reference, "median h"]
     text += (f" The untrained `{untrained_reference}` has a median h of {untrained_median:.3f}, "
@@ -196,7 +196,7 @@ display(Markdown(text))
 # %%
 same_pool_label = f"dirty-label, D_shadow from {pool_dataset or dataset}"
 other_pool_label = f"dirty-label, D_shadow from {other_pool_dataset}"
-shadow_curves = finetune.shadow_pool_h_curves(
+shadow_curves = h_studies.shadow_pool_h_curves(
     {same_pool_label: study, other_pool_label: other_pool_study},
     target_classes=shadow_target_classes, budget=b_poison, seed=seed, chunk_size=chunk_size)
 
@@ -206,7 +206,7 @@ shadow_curves = finetune.shadow_pool_h_curves(
 shadow_colors = {plots.ATTACK_LABELS["none"]: plots.ATTACK_COLORS["none"],
                  same_pool_label: plots.ATTACK_COLORS["dirty_label"],
                  other_pool_label: "#dd8452"}
-figure = finetune.shadow_pool_figure(shadow_curves, class_names=class_names,
+figure = h_studies.shadow_pool_figure(shadow_curves, class_names=class_names,
                                      colors=shadow_colors, styles={other_pool_label: "--"})
 figure.suptitle(f"{dataset}, {extractor}, b_poison={b_poison}, profile {profile}", y=1.02)
 plots.save_figure(figure, output_dir, "cdf_shadow")
@@ -215,7 +215,7 @@ plt.show()
 # %%
 #| label: tbl-b-h-shadow
 #| tbl-cap: "h of the target-class members per training set, space and target class: share below 0, 10th percentile and median."
-shadow_table = finetune.shadow_pool_table(shadow_curves, class_names=class_names)
+shadow_table = h_studies.shadow_pool_table(shadow_curves, class_names=class_names)
 plots.show_table(shadow_table, output_dir, "h_shadow")
 
 # %% [markdown]
@@ -267,12 +267,12 @@ finetuning_config = finetune.FineTuningConfig(
     lr=finetune_lr, epochs=finetune_epochs, batch_size=finetune_batch_size,
     head_warmup_epochs=head_warmup_epochs, update_batch_norm=finetune_update_batch_norm,
     seed=seed)
-finetuning_runs = finetune.fine_tuning_runs(
+finetuning_runs = h_studies.fine_tuning_runs(
     study, attacks=ATTACKS, target_classes=finetune_target_classes, budget=b_poison,
     seed=seed, crafting=crafting, input_size=finetune_input_size,
     members_per_class=finetune_members_per_class, config=finetuning_config,
     store_dir=str(output_dir / "finetuning"), chunk_size=chunk_size)
-tuned_curves, before_curves = finetune.fine_tuning_curves(finetuning_runs)
+tuned_curves, before_curves = h_studies.fine_tuning_curves(finetuning_runs)
 display(Markdown(
     f"Fine-tuning setting: `{extractor}` at {finetune_input_size}×{finetune_input_size} px, "
     f"{finetune_members_per_class or members_per_class} members per class plus D_poison, "
@@ -292,17 +292,17 @@ for attack in ATTACKS:
         label = f"{plots.ATTACK_LABELS[attack]}, {suffix}"
         curves[label], colors[label], styles[label] = source[attack], plots.ATTACK_COLORS[attack], style
 figure, axis = plt.subplots(figsize=(6.4, 4.0))
-finetune.plot_h_cdfs(axis, curves, colors=colors, styles=styles)
+h_studies.plot_h_cdfs(axis, curves, colors=colors, styles=styles)
 axis.set_title(f"{dataset}, {extractor} fine-tuned at {finetune_input_size} px, "
                f"{finetune_epochs} epochs, profile {profile}")
-finetune.add_figure_legend(figure, axis, columns=2)
+h_studies.add_figure_legend(figure, axis, columns=2)
 plots.save_figure(figure, output_dir, "cdf_finetune")
 plt.show()
 
 # %%
 #| label: tbl-b-finetune
 #| tbl-cap: "Fine-tuned models: median and 10th percentile of h of the target-class members, Mentr MI AUC and test accuracy, after and before fine-tuning, and the relative change of the extractor's weights and of the members' features; means over the fine-tuning target classes."
-finetune_table = finetune.fine_tuning_table(finetuning_runs, class_names=class_names)
+finetune_table = h_studies.fine_tuning_table(finetuning_runs, class_names=class_names)
 plots.show_table(finetune_table, output_dir, "finetune", float_format=".3g")
 
 # %% [markdown]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mexp_lib import finetune, heuristic
+from mexp_lib import finetune, h_studies, heuristic
 from mexp_lib.extractors import build_extractor
 from mexp_lib.features import extract_features
 
@@ -150,7 +150,7 @@ def test_h_of_members_matches_heuristic():
     labels = np.repeat(np.arange(3), 10)
     is_member = np.arange(30) < 24  # the last six rows play poisons
 
-    h = finetune.h_of_members(vectors, labels, is_member=is_member, target_classes=[0, 2])
+    h = h_studies.h_of_members(vectors, labels, is_member=is_member, target_classes=[0, 2])
 
     expected = heuristic.heuristic_h(vectors, labels, query_indices=np.arange(30)).h
     np.testing.assert_allclose(h[0], expected[:10])
@@ -161,34 +161,34 @@ def test_h_of_members_matches_heuristic():
 def test_h_of_members_rejects_absent_class():
     vectors = np.zeros((4, 2))
     with pytest.raises(ValueError, match=r"target classes \[5\] have no member"):
-        finetune.h_of_members(vectors, np.array([0, 0, 1, 1]), is_member=np.ones(4, bool),
+        h_studies.h_of_members(vectors, np.array([0, 0, 1, 1]), is_member=np.ones(4, bool),
                               target_classes=[5])
 
 
 def test_averaged_cdf_and_quantile():
     h_by_class = {0: np.array([1.0, 2.0, 3.0, 4.0]), 1: np.array([2.0, np.nan, 2.0])}
 
-    grid, fraction = finetune.averaged_cdf(h_by_class)
+    grid, fraction = h_studies.averaged_cdf(h_by_class)
 
     np.testing.assert_array_equal(grid, [1.0, 2.0, 3.0, 4.0])
     np.testing.assert_allclose(fraction, [0.125, 0.75, 0.875, 1.0])
-    assert finetune.averaged_quantile(h_by_class, 0.5) == 2.0
-    assert finetune.averaged_quantile(h_by_class, 0.8) == 3.0
-    assert finetune.averaged_quantile(h_by_class, 0.1) == 1.0
+    assert h_studies.averaged_quantile(h_by_class, 0.5) == 2.0
+    assert h_studies.averaged_quantile(h_by_class, 0.8) == 3.0
+    assert h_studies.averaged_quantile(h_by_class, 0.1) == 1.0
 
 
 def test_averaged_quantile_single_class_matches_summary():
     h = np.random.default_rng(2).normal(size=37)
     summary = heuristic.h_summary(h)
 
-    assert finetune.averaged_quantile({0: h}, 0.5) == summary["median"]
-    assert finetune.averaged_quantile({0: h}, 0.1) == summary["p10"]
+    assert h_studies.averaged_quantile({0: h}, 0.5) == summary["median"]
+    assert h_studies.averaged_quantile({0: h}, 0.1) == summary["p10"]
 
 
 def test_h_table_rows():
     curves = {"a": {0: np.array([-1.0, 1.0, 2.0, np.nan])}, "b": {1: np.array([3.0, 5.0])}}
 
-    table = finetune.h_table(curves, class_names=["zero", "one"])
+    table = h_studies.h_table(curves, class_names=["zero", "one"])
 
     assert list(table.index) == ["a", "b"]
     assert table.loc["a", "members"] == 4
@@ -202,21 +202,21 @@ def test_h_table_rows():
 def test_balanced_subset():
     labels = np.array([0, 1, 0, 1, 0, 1, 2, 2, 2])
 
-    chosen = finetune.balanced_subset(labels, per_class=2, seed=0)
+    chosen = h_studies.balanced_subset(labels, per_class=2, seed=0)
 
     assert np.bincount(labels[chosen]).tolist() == [2, 2, 2]
     assert np.all(np.diff(chosen) > 0)
-    np.testing.assert_array_equal(finetune.balanced_subset(labels, per_class=None, seed=0),
+    np.testing.assert_array_equal(h_studies.balanced_subset(labels, per_class=None, seed=0),
                                   np.arange(9))
     with pytest.raises(ValueError, match="class 0 has 3"):
-        finetune.balanced_subset(labels, per_class=4, seed=0)
+        h_studies.balanced_subset(labels, per_class=4, seed=0)
 
 
 def test_input_vectors_shape_and_range():
     images = np.full((2, 8, 8, 1), 255, dtype=np.uint8)
 
-    vectors = finetune.input_vectors(images, input_size=32)
+    vectors = h_studies.input_vectors(images, input_size=32)
 
     assert vectors.shape == (2, 3 * 32 * 32)
     assert float(vectors.max()) == pytest.approx(1.0)
-    assert finetune.input_vectors(images[:0], input_size=32).shape == (0, 3 * 32 * 32)
+    assert h_studies.input_vectors(images[:0], input_size=32).shape == (0, 3 * 32 * 32)
