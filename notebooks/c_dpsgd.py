@@ -67,7 +67,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from mexp_lib import dp, plots
+from mexp_lib import dp, dp_results, plots
 from mexp_lib.experiment import load_study
 from mexp_lib.poisoning import ATTACKS, CraftingConfig
 
@@ -120,7 +120,7 @@ print(f"{study.num_classes} classes, {len(study.member_features)} members, "
 # %%
 results = dp.run_settings(study, poisoning_sets, seed=seed, training=training,
                           privacy=privacy, store_dir=runs_dir)
-dp.results_frame(results)[["attack", "target_class", "noise_multiplier", "epsilon",
+dp_results.results_frame(results)[["attack", "target_class", "noise_multiplier", "epsilon",
                            "test_accuracy", "mi_auc"]].round(3)
 
 # %% [markdown]
@@ -133,7 +133,7 @@ dp.results_frame(results)[["attack", "target_class", "noise_multiplier", "epsilo
 # %%
 #| label: fig-c-learning-clean
 #| fig-cap: "Learning process of clean heads (no poisoning): loss and accuracy per epoch on the normal samples and on the held-out non-members, (a) without and (b) with DP-SGD. Lines are the mean over target classes, bands ± one standard deviation, the dashed line is chance (1/C). The figure title states dataset, extractor, profile, noise multiplier and epsilon."
-figure = dp.plot_learning_curves(results, attack="none", num_classes=study.num_classes,
+figure = dp_results.plot_learning_curves(results, attack="none", num_classes=study.num_classes,
                                  noise_multiplier=noise_multiplier,
                                  title=f"No poisoning\n{setting}")
 plots.save_figure(figure, output_dir, "learning_clean")
@@ -142,11 +142,11 @@ plt.show()
 # %%
 #| label: tbl-c-privacy-clean
 #| tbl-cap: "Clean heads without and with DP-SGD: epsilon spent (RDP accountant), test accuracy on all non-members and Mentr MI AUC of target-class members vs target-class non-members; mean ± std over target classes."
-plots.show_table(dp.privacy_table(results, attack="none", noise_multiplier=noise_multiplier),
+plots.show_table(dp_results.privacy_table(results, attack="none", noise_multiplier=noise_multiplier),
                  output_dir, "privacy_clean");
 
 # %%
-display(Markdown(dp.describe_learning(results, attack="none", num_classes=study.num_classes,
+display(Markdown(dp_results.describe_learning(results, attack="none", num_classes=study.num_classes,
                                       noise_multiplier=noise_multiplier)))
 
 # %% [markdown]
@@ -159,7 +159,7 @@ display(Markdown(dp.describe_learning(results, attack="none", num_classes=study.
 # %%
 #| label: fig-c-learning-dirty-label
 #| fig-cap: "Learning process under the dirty-label attack: loss and accuracy per epoch on the normal samples and on the poisoning samples (against their poison labels, balancing images left out), (a) without and (b) with DP-SGD. Lines are the mean over target classes, bands ± one standard deviation, the dashed line is chance (1/C). The figure title states the setting."
-figure = dp.plot_learning_curves(results, attack="dirty_label", num_classes=study.num_classes,
+figure = dp_results.plot_learning_curves(results, attack="dirty_label", num_classes=study.num_classes,
                                  noise_multiplier=noise_multiplier,
                                  title=f"Dirty-label poisoning\n{setting}")
 plots.save_figure(figure, output_dir, "learning_dirty_label")
@@ -168,12 +168,12 @@ plt.show()
 # %%
 #| label: tbl-c-privacy-dirty-label
 #| tbl-cap: "Dirty-label poisoned heads without and with DP-SGD: epsilon spent (RDP accountant), test accuracy on all non-members and Mentr MI AUC of the target class; mean ± std over target classes."
-plots.show_table(dp.privacy_table(results, attack="dirty_label",
+plots.show_table(dp_results.privacy_table(results, attack="dirty_label",
                                   noise_multiplier=noise_multiplier),
                  output_dir, "privacy_dirty_label");
 
 # %%
-display(Markdown(dp.describe_learning(results, attack="dirty_label",
+display(Markdown(dp_results.describe_learning(results, attack="dirty_label",
                                       num_classes=study.num_classes,
                                       noise_multiplier=noise_multiplier)))
 
@@ -187,7 +187,7 @@ display(Markdown(dp.describe_learning(results, attack="dirty_label",
 # %%
 #| label: fig-c-learning-clean-label
 #| fig-cap: "Learning process under the clean-label attack: loss and accuracy per epoch on the normal samples and on the poisoning samples (balancing images left out), (a) without and (b) with DP-SGD. Lines are the mean over target classes, bands ± one standard deviation, the dashed line is chance (1/C). The figure title states the setting."
-figure = dp.plot_learning_curves(results, attack="clean_label", num_classes=study.num_classes,
+figure = dp_results.plot_learning_curves(results, attack="clean_label", num_classes=study.num_classes,
                                  noise_multiplier=noise_multiplier,
                                  title=f"Clean-label poisoning (eps = {eps_255}/255)\n{setting}")
 plots.save_figure(figure, output_dir, "learning_clean_label")
@@ -196,12 +196,12 @@ plt.show()
 # %%
 #| label: tbl-c-privacy-clean-label
 #| tbl-cap: "Clean-label poisoned heads without and with DP-SGD: epsilon spent (RDP accountant), test accuracy on all non-members and Mentr MI AUC of the target class; mean ± std over target classes."
-plots.show_table(dp.privacy_table(results, attack="clean_label",
+plots.show_table(dp_results.privacy_table(results, attack="clean_label",
                                   noise_multiplier=noise_multiplier),
                  output_dir, "privacy_clean_label");
 
 # %%
-display(Markdown(dp.describe_learning(results, attack="clean_label",
+display(Markdown(dp_results.describe_learning(results, attack="clean_label",
                                       num_classes=study.num_classes,
                                       noise_multiplier=noise_multiplier)))
 
@@ -222,7 +222,7 @@ sweep = dp.noise_sweep(study, poisoning_sets["dirty_label"],
 # %%
 #| label: fig-c-epsilon-sweep
 #| fig-cap: "Dirty-label poisoning: Mentr MI AUC of the target class (left) and test accuracy (right) against the epsilon that DP-SGD spends, one point per noise multiplier (mean over target classes, error bars ± one standard deviation); the dashed line and band are the non-private heads. The figure title states the setting."
-figure = dp.plot_noise_sweep(sweep, title=f"Dirty-label poisoning, DP-SGD noise sweep "
+figure = dp_results.plot_noise_sweep(sweep, title=f"Dirty-label poisoning, DP-SGD noise sweep "
                                           f"(δ = {delta:g})\n{setting}")
 plots.save_figure(figure, output_dir, "epsilon_sweep")
 plt.show()
@@ -230,16 +230,16 @@ plt.show()
 # %%
 #| label: tbl-c-epsilon-sweep
 #| tbl-cap: "Dirty-label poisoning under DP-SGD at several noise multipliers σ, and without DP-SGD: epsilon spent, test accuracy and Mentr MI AUC of the target class; mean ± std over target classes."
-plots.show_table(dp.sweep_table(sweep), output_dir, "epsilon_sweep");
+plots.show_table(dp_results.sweep_table(sweep), output_dir, "epsilon_sweep");
 
 # %%
-display(Markdown(dp.describe_sweep(sweep)))
+display(Markdown(dp_results.describe_sweep(sweep)))
 
 # %% [markdown]
 # Every run of this notebook, one row per head, is written to `runs.csv` in the output
 # folder for further analysis.
 
 # %%
-dp.results_frame([*results, *sweep]).drop_duplicates(
+dp_results.results_frame([*results, *sweep]).drop_duplicates(
     subset=["attack", "target_class", "noise_multiplier"]).to_csv(
     Path(output_dir) / "runs.csv", index=False)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from mexp_lib import dp
+from mexp_lib import dp, dp_results
 from mexp_lib.experiment import load_study
 
 matplotlib.use("Agg")
@@ -323,7 +323,7 @@ def _dirty_runs(private_accuracy, private_loss):
 
 
 def test_privacy_table_rows_and_cells():
-    table = dp.privacy_table(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="dirty_label",
+    table = dp_results.privacy_table(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="dirty_label",
                              noise_multiplier=1.0)
 
     assert list(table.index) == ["without DP-SGD", "with DP-SGD (σ = 1)"]
@@ -335,13 +335,13 @@ def test_privacy_table_rows_and_cells():
 
 def test_privacy_table_unknown_attack_raises():
     with pytest.raises(ValueError, match="clean_label"):
-        dp.privacy_table(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="clean_label",
+        dp_results.privacy_table(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="clean_label",
                          noise_multiplier=1.0)
 
 
 def test_sweep_table_orders_by_sigma():
     runs = [_run(sigma=2.0, epsilon=1.0), _run(sigma=None), _run(sigma=0.5, epsilon=20.0)]
-    table = dp.sweep_table(runs)
+    table = dp_results.sweep_table(runs)
 
     assert list(table.index) == ["without DP-SGD", "with DP-SGD (σ = 0.5)",
                                  "with DP-SGD (σ = 2)"]
@@ -349,11 +349,11 @@ def test_sweep_table_orders_by_sigma():
 
 @pytest.mark.parametrize("accuracy, expected", [(0.1, "near"), (0.3, "above"), (0.0, "below")])
 def test_chance_relation(accuracy, expected):
-    assert dp.chance_relation(accuracy, chance=0.1, num_samples=180) == expected
+    assert dp_results.chance_relation(accuracy, chance=0.1, num_samples=180) == expected
 
 
 def test_describe_dirty_label_agrees_at_chance():
-    text = dp.describe_learning(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="dirty_label",
+    text = dp_results.describe_learning(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="dirty_label",
                                 num_classes=10, noise_multiplier=1.0)
 
     assert "near chance" in text
@@ -362,7 +362,7 @@ def test_describe_dirty_label_agrees_at_chance():
 
 
 def test_describe_dirty_label_differs_above_chance():
-    text = dp.describe_learning(_dirty_runs((0.2, 0.6), (2.0, 1.0)), attack="dirty_label",
+    text = dp_results.describe_learning(_dirty_runs((0.2, 0.6), (2.0, 1.0)), attack="dirty_label",
                                 num_classes=10, noise_multiplier=1.0)
 
     assert "above chance" in text
@@ -372,7 +372,7 @@ def test_describe_dirty_label_differs_above_chance():
 
 def test_describe_clean_setting_reports_gap():
     runs = [_run(attack="none"), _run(attack="none", sigma=1.0)]
-    text = dp.describe_learning(runs, attack="none", num_classes=10, noise_multiplier=1.0)
+    text = dp_results.describe_learning(runs, attack="none", num_classes=10, noise_multiplier=1.0)
 
     assert "gap +0.100" in text
 
@@ -380,7 +380,7 @@ def test_describe_clean_setting_reports_gap():
 def test_describe_sweep_lists_every_sigma():
     runs = [_run(sigma=None, auc=0.8), _run(sigma=0.5, auc=0.7, epsilon=20.0),
             _run(sigma=2.0, auc=0.6, epsilon=1.0)]
-    text = dp.describe_sweep(runs)
+    text = dp_results.describe_sweep(runs)
 
     assert "σ = 0.5 (ε = 20.00)" in text
     assert "σ = 2 (ε = 1.00)" in text
@@ -389,7 +389,7 @@ def test_describe_sweep_lists_every_sigma():
 
 
 def test_learning_curve_figure_has_chance_lines():
-    figure = dp.plot_learning_curves(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="dirty_label",
+    figure = dp_results.plot_learning_curves(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="dirty_label",
                                      num_classes=10, noise_multiplier=1.0, title="test")
     accuracy_axes = [figure.axes[1], figure.axes[3]]
 
@@ -403,13 +403,13 @@ def test_learning_curve_figure_has_chance_lines():
 
 def test_learning_curve_figure_needs_both_trainings():
     with pytest.raises(ValueError, match="noise multiplier 2.0"):
-        dp.plot_learning_curves(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="dirty_label",
+        dp_results.plot_learning_curves(_dirty_runs((0.1, 0.1), (2.0, 2.5)), attack="dirty_label",
                                 num_classes=10, noise_multiplier=2.0, title="test")
 
 
 def test_sweep_figure_draws_each_sigma():
     runs = [_run(sigma=None), _run(sigma=0.5, epsilon=20.0), _run(sigma=2.0, epsilon=1.0)]
-    figure = dp.plot_noise_sweep(runs, title="test")
+    figure = dp_results.plot_noise_sweep(runs, title="test")
     annotations = [text.get_text() for text in figure.axes[0].texts]
 
     assert annotations == ["σ = 0.5", "σ = 2"]
