@@ -108,9 +108,12 @@ def run_shadow_models(training: TrainingData, nonmember_features: np.ndarray,
                    shadows.logits(population_features), shadow_in)
 
 
-def lira_scores(run: LiraRun, *, target_class: int, online: bool = True
-                ) -> tuple[np.ndarray, np.ndarray]:
+def lira_scores(run: LiraRun, *, target_class: int, online: bool = True,
+                fix_variance: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """LiRA membership scores (higher = member) of the target class's members and non-members.
+
+    `fix_variance` fits one standard deviation over all examples instead of one per
+    example, which Carlini et al. recommend when there are few shadow models.
 
     Raises:
         ValueError: the target class has no samples in the population.
@@ -122,13 +125,14 @@ def lira_scores(run: LiraRun, *, target_class: int, online: bool = True
     target_scores = mi.logit_scaled_confidence(run.target_logits[in_class], labels)
     shadow_scores = mi.logit_scaled_confidence(run.shadow_logits[:, in_class], labels)
     attack = mi.lira_online if online else mi.lira_offline
-    scores = attack(target_scores, shadow_scores, run.shadow_in[:, in_class])
+    scores = attack(target_scores, shadow_scores, run.shadow_in[:, in_class],
+                    fix_variance=fix_variance)
     members = run.is_member[in_class]
     return scores[members], scores[~members]
 
 
-def evaluate_lira(run: LiraRun, *, target_class: int, fprs: tuple[float, ...] = (0.01, 0.001)
-                  ) -> dict[str, float]:
+def evaluate_lira(run: LiraRun, *, target_class: int, fprs: tuple[float, ...] = (0.01, 0.001),
+                  fix_variance: bool = False) -> dict[str, float]:
     """Membership metrics on the target class: target-class members vs non-members.
 
     Returns:
@@ -140,7 +144,7 @@ def evaluate_lira(run: LiraRun, *, target_class: int, fprs: tuple[float, ...] = 
     metrics: dict[str, float] = {}
     for name, online in (("lira_online", True), ("lira_offline", False)):
         member_scores, nonmember_scores = lira_scores(run, target_class=target_class,
-                                                      online=online)
+                                                      online=online, fix_variance=fix_variance)
         result = mi.evaluate_attack(member_scores, nonmember_scores, fprs=fprs)
         metrics[f"{name}_auc"] = result.auc
         for fpr in fprs:

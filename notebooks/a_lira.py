@@ -28,7 +28,10 @@
 # shadow model trains on a random half of D_clean ∪ D_test plus the same D_poison, because
 # the attacker has its poisons. Each sample is IN for exactly half of the shadow models.
 # LiRA then scores the target model's logit-scaled confidence on each target-class sample
-# against Gaussians fitted to the shadow models' scores.
+# against Gaussians fitted to the shadow models' scores. With few shadow models (fewer
+# than about 64), Carlini et al. fit one variance over all examples instead of one per
+# example (`fix_variance`); the profiles below 64 shadow models do so, the paper profile
+# with 128 does not.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -47,6 +50,7 @@ crafting_iterations = 3
 crafting_batch_size = 200
 epochs = 3
 n_shadow = 8
+fix_variance = True
 seed = 0
 output_dir = "../build/scratch/a_lira"
 run_dir = "../build/scratch"
@@ -121,7 +125,8 @@ for name, study in studies.items():
                 num_classes=study.num_classes,
                 n_shadow=n_shadow, seed=seed, epochs=epochs)
             runs[name, attack, target_class] = run
-            metrics = shadow.evaluate_lira(run, target_class=target_class)
+            metrics = shadow.evaluate_lira(run, target_class=target_class,
+                                           fix_variance=fix_variance)
             records.append({"extractor": name, "attack": attack, "target_class": target_class,
                             "target_name": class_names[target_class], **metrics})
 results = pd.DataFrame(records)
@@ -222,7 +227,8 @@ for axis, target_class in zip(axes[0], panels):
     curves = {}
     for attack in ATTACKS:
         member_scores, nonmember_scores = shadow.lira_scores(
-            runs[extractors[0], attack, target_class], target_class=target_class)
+            runs[extractors[0], attack, target_class], target_class=target_class,
+            fix_variance=fix_variance)
         fpr, tpr = mi.roc(member_scores, nonmember_scores)
         auc = mi.auc(member_scores, nonmember_scores)
         curves[f"{plots.ATTACK_LABELS[attack]} (AUC {auc:.3f})"] = (fpr, tpr)
@@ -249,7 +255,8 @@ figure, axes = plt.subplots(1, len(ATTACKS), figsize=(12, 3.6), sharey=True,
                             layout="constrained")
 for axis, attack in zip(axes, ATTACKS):
     member_scores, nonmember_scores = shadow.lira_scores(
-        runs[extractors[0], attack, target_class], target_class=target_class)
+        runs[extractors[0], attack, target_class], target_class=target_class,
+        fix_variance=fix_variance)
     bins = np.histogram_bin_edges(np.concatenate([member_scores, nonmember_scores]), bins=30)
     axis.hist(nonmember_scores, bins=bins, alpha=0.6, label="non-members", color="#8c8c8c")
     axis.hist(member_scores, bins=bins, alpha=0.6, label="members",
