@@ -249,7 +249,7 @@ plt.show()
 
 # %%
 #| label: fig-a-scores
-#| fig-cap: "Distribution of online LiRA scores (log-likelihood ratio, higher means member) of target-class members and non-members, per poisoning setting; first extractor, first target class."
+#| fig-cap: "Distribution of online LiRA scores (log-likelihood ratio, higher means member) of target-class members and non-members, per poisoning setting; first extractor, first target class. Scores outside the 1st-99th percentile are counted in the outermost bins."
 target_class = target_classes[0]
 figure, axes = plt.subplots(1, len(ATTACKS), figsize=(12, 3.6), sharey=True,
                             layout="constrained")
@@ -257,7 +257,11 @@ for axis, attack in zip(axes, ATTACKS):
     member_scores, nonmember_scores = shadow.lira_scores(
         runs[extractors[0], attack, target_class], target_class=target_class,
         fix_variance=fix_variance)
-    bins = np.histogram_bin_edges(np.concatenate([member_scores, nonmember_scores]), bins=30)
+    # Bins span the 1st to 99th percentile, so a few extreme scores do not squeeze the rest.
+    low, high = np.percentile(np.concatenate([member_scores, nonmember_scores]), [1, 99])
+    bins = np.linspace(low, high, 31)
+    member_scores, nonmember_scores = (np.clip(member_scores, low, high),
+                                       np.clip(nonmember_scores, low, high))
     axis.hist(nonmember_scores, bins=bins, alpha=0.6, label="non-members", color="#8c8c8c")
     axis.hist(member_scores, bins=bins, alpha=0.6, label="members",
               color=plots.ATTACK_COLORS[attack])
