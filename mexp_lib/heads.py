@@ -5,7 +5,8 @@ Adam and softmax cross-entropy. `train_heads` trains M heads as one tensor progr
 weights are stacked along a model axis, model m trains only on the samples of its row of
 ``train_masks``, and each model follows exactly the schedule it would follow alone
 (its own initialisation, its own shuffled mini-batches, its own Adam state and step
-count). This is what makes 128 LiRA shadow models affordable.
+count). On a GPU one batched program replaces M small ones. On two CPU cores
+``make bench`` measured only 1.05x to 1.6x for 16 heads.
 """
 
 from __future__ import annotations
