@@ -173,7 +173,7 @@ def _download_error(dataset: str, root: Path, error: Exception) -> RuntimeError:
         f"dataset {dataset!r} was not found under {root} and could not be downloaded "
         f"({type(error).__name__}: {error}). On a machine with internet access the download "
         "runs by itself; offline, unpack the data as an ImageFolder tree "
-        f"{root}/{dataset}/{{train,test}}/<class>/<image> and point data_root at {root}."
+        f"{root}/{dataset}/{{train,test}}/<class>/<image> and point data_root at {root}"
     )
 
 
@@ -320,15 +320,22 @@ def load_source(dataset: str, split: str, *, root: str | Path | None = None) -> 
         raise ValueError(f"dataset {dataset!r} has splits {info.splits}, not {split!r}")
     if not info.needs_root:
         return _PACKAGE_LOADERS[dataset](split, None)
-    root = _require_root(dataset, root)
+    root = _require_root(dataset, root).resolve()  # messages show where a relative root led
     if not root.is_dir():
         raise FileNotFoundError(
             f"data root {root} does not exist; create it (torchvision downloads into it) "
-            f"or unpack an ImageFolder tree {root}/{dataset}/{{train,test}}/<class>/<image>"
+            f"or unpack an ImageFolder tree {root}/{dataset}/{{train,test}}/<class>/<image>. "
+            "A relative data_root in a notebook is relative to notebooks/"
         )
     folder = root / dataset / split
     if folder.is_dir():
         return _load_image_folder(dataset, split, folder)
+    if (root / dataset).is_dir() and any(path.is_dir() for path in (root / dataset).iterdir()
+                                         if path.name in info.splits):
+        raise FileNotFoundError(
+            f"the ImageFolder tree {root / dataset} has no split {split!r}: add {folder} with "
+            "one folder of images per class"
+        )
     return _load_torchvision(dataset, split, root)
 
 

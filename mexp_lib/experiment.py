@@ -105,6 +105,19 @@ class Study:
         )
 
 
+def check_target_classes(target_classes, *, num_classes: int, dataset: str) -> list[int]:
+    """Return `target_classes` as a list of ints, raising ValueError when one is invalid."""
+    if isinstance(target_classes, (int, str)) or not hasattr(target_classes, "__iter__"):
+        raise ValueError(f"target_classes must be a list of class indices, e.g. [0, 1], got "
+                         f"{target_classes!r}")
+    classes = list(target_classes)
+    invalid = [t for t in classes if not isinstance(t, int) or not 0 <= t < num_classes]
+    if invalid or not classes:
+        raise ValueError(f"target_classes {classes} must be non-empty class indices in "
+                         f"[0, {num_classes}) for {dataset}; invalid: {invalid}")
+    return classes
+
+
 def load_study(dataset: str, *, extractor: str | FeatureExtractor, members_per_class: int,
                nonmembers_per_class: int, pool_per_class: int, seed: int,
                cache_dir: str | Path, run_dir: str | Path, input_size: int = 96,

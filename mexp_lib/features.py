@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .extractors import FeatureExtractor, to_unit_tensor
-from .store import cached_arrays
+from .store import CorruptArtifactError, cached_arrays
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ def cached_features(extractor: FeatureExtractor, images: np.ndarray, *,
     path = Path(cache_dir) / extractor.cache_tag / f"{safe_tag}-{images_digest(images)}.npz"
     arrays = cached_arrays(path, lambda: {"features": extract_features(
         extractor, images, batch_size=batch_size, device=device, progress=progress)})
+    if "features" not in arrays:
+        raise CorruptArtifactError(f"cache file {path} contains no 'features' array; delete the "
+                                   "file and run again to recompute it")
     features = arrays["features"]
     if features.shape != (len(images), extractor.feature_dim):
         raise ValueError(

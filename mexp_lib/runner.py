@@ -83,6 +83,8 @@ def run_notebook(notebook: str, *, profile: str, overrides: dict | None = None,
 
     Raises:
         FileNotFoundError: unknown notebook or profile.
+        ValueError: a parameter (from the profile or `overrides`) that the notebook's
+            parameters cell does not define, such as a misspelt name.
         NotebookFailed: a cell raised; the message names the notebook and the cell.
     """
     import jupytext
@@ -91,16 +93,28 @@ def run_notebook(notebook: str, *, profile: str, overrides: dict | None = None,
     source = root / "notebooks" / f"{notebook}.py"
     if not source.exists():
         raise FileNotFoundError(f"no notebook {source}; known notebooks: {', '.join(NOTEBOOKS)}")
-    build_dir = (build_dir or root / "build" / profile).resolve()
-    output_dir = build_dir / notebook
-    output_dir.mkdir(parents=True, exist_ok=True)
     parameters = read_parameters(profile, notebook, root=root)
     parameters.update(overrides or {})
+    build_dir = (build_dir or root / "build" / profile).resolve()
+    output_dir = build_dir / notebook
     parameters.update(profile=profile, output_dir=str(output_dir), run_dir=str(build_dir),
                       cache_dir=str((root / "build" / "cache").resolve()))
 
+    source_notebook = jupytext.read(source)
+    known = _parameter_names(source_notebook)
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise ValueError(
+            f"notebook {notebook} has no parameter {', '.join(map(repr, unknown))}; its "
+            f"parameters are: {', '.join(sorted(known))}"
+        )
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # A run record marks a finished run; remove it first so a failed rerun is not
+    # mistaken for a finished one (by make, or by the report).
+    (output_dir / "run.json").unlink(missing_ok=True)
     unexecuted = build_dir / f".{notebook}.input.ipynb"
-    jupytext.write(jupytext.read(source), unexecuted)
+    jupytext.write(source_notebook, unexecuted)
     executed = build_dir / f"{notebook}.ipynb"
     log.info("executing %s (profile %s) into %s", notebook, profile, executed)
     started = time.perf_counter()
@@ -126,6 +140,21 @@ def run_notebook(notebook: str, *, profile: str, overrides: dict | None = None,
     return executed
 
 
+def _parameter_names(notebook) -> set[str]:
+    """Return the names assigned in the notebook's cell tagged `parameters`."""
+    import ast
+
+    names: set[str] = set()
+    for cell in notebook.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            for statement in ast.parse(cell.source).body:
+                if isinstance(statement, (ast.Assign, ast.AnnAssign)):
+                    targets = statement.targets if isinstance(statement, ast.Assign) else [
+                        statement.target]
+                    names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
 def _parse_value(text: str) -> object:
     """Read a -p value as YAML, so numbers, lists and booleans keep their types."""
     return yaml.safe_load(text)
@@ -139,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                         metavar=("NAME", "VALUE"), help="override one parameter (value as YAML)")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = {name: _parse_value(value) for name, value in arguments.parameter}
+    try:
+        overrides = {name: _parse_value(value) for name, value in arguments.parameter}
+    except yaml.YAMLError as error:
+        parser.error(f"a -p value is not valid YAML: {error}")
     for notebook in arguments.notebooks:
         try:
             run_notebook(notebook, profile=arguments.profile, overrides=overrides)

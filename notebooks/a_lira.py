@@ -66,7 +66,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from mexp_lib import mi, plots, shadow
-from mexp_lib.experiment import load_study
+from mexp_lib.experiment import check_target_classes, load_study
 from mexp_lib.poisoning import ATTACKS, CraftingConfig
 
 logging.basicConfig(level=logging.WARNING)
@@ -93,6 +93,8 @@ studies = {
 }
 first = studies[extractors[0]]
 class_names = first.class_names
+target_classes = check_target_classes(target_classes, num_classes=first.num_classes,
+                                      dataset=dataset)
 display(Markdown(
     f"Profile **{profile}**: dataset `{dataset}` ({first.num_classes} classes), "
     f"{members_per_class} members, {nonmembers_per_class} non-members and "

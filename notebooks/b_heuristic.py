@@ -81,7 +81,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 
 from mexp_lib import finetune, h_studies, plots
-from mexp_lib.experiment import load_study
+from mexp_lib.experiment import check_target_classes, load_study
 from mexp_lib.poisoning import ATTACKS, CraftingConfig
 
 logging.basicConfig(level=logging.WARNING)
@@ -111,6 +111,8 @@ other_pool_study = load_study(dataset, extractor=study.extractor, seed=seed,
                               cache_dir=cache_dir, run_dir=run_dir, data_root=data_root,
                               pool_dataset=other_pool_dataset, **split_sizes)
 class_names = study.class_names
+for classes in (target_classes, shadow_target_classes, finetune_target_classes):
+    check_target_classes(classes, num_classes=study.num_classes, dataset=dataset)
 display(Markdown(
     f"Profile **{profile}**: dataset `{dataset}` ({study.num_classes} classes) with "
     f"{members_per_class} members and {nonmembers_per_class} non-members per class; "

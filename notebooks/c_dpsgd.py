@@ -68,7 +68,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from mexp_lib import dp, dp_results, plots
-from mexp_lib.experiment import load_study
+from mexp_lib.experiment import check_target_classes, load_study
 from mexp_lib.poisoning import ATTACKS, CraftingConfig
 
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -97,6 +97,8 @@ study = load_study(dataset, extractor=extractor, members_per_class=members_per_c
                    nonmembers_per_class=nonmembers_per_class, pool_per_class=pool_per_class,
                    seed=seed, cache_dir=cache_dir, run_dir=run_dir, input_size=input_size,
                    data_root=data_root, pool_dataset=pool_dataset)
+target_classes = check_target_classes(target_classes, num_classes=study.num_classes,
+                                      dataset=dataset)
 poisoning_sets = {
     attack: {target: study.poisoning_set(attack, target_class=target, budget=b_poison,
                                          seed=seed, crafting=crafting)

@@ -363,3 +363,9 @@ def test_image_source_take_overrides_labels():
     assert subset.labels.tolist() == [5, 6]
     assert subset.labels.dtype == np.int64
     assert subset.class_names == ("x",) * 10
+
+
+def test_partial_image_folder_names_missing_split(tmp_path, write_image_folder):
+    write_image_folder(tmp_path, "cifar10", {"train": {"cat": 2, "dog": 2}})
+    with pytest.raises(FileNotFoundError, match="has no split 'test'"):
+        load_source("cifar10", "test", root=tmp_path)

@@ -167,3 +167,12 @@ def test_cached_features_init_seed_separate(tmp_path):
                                     device=CPU, progress=False)
 
     assert not np.allclose(cached_first, cached_second)
+
+
+def test_cache_without_features_key_raises(tmp_path, lite0):
+    images = np.zeros((2, 8, 8, 1), np.uint8)
+    cached_features(lite0, images, cache_dir=tmp_path, tag="toy", progress=False)
+    path = next(tmp_path.rglob("*.npz"))
+    save_arrays(path, {"other": np.zeros(3)})
+    with pytest.raises(CorruptArtifactError, match="no 'features' array"):
+        cached_features(lite0, images, cache_dir=tmp_path, tag="toy", progress=False)

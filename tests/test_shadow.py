@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mexp_lib import shadow
-from mexp_lib.experiment import GROUP_BALANCING, GROUP_MEMBER, GROUP_POISON, TrainingData
+from mexp_lib.experiment import (GROUP_BALANCING, GROUP_MEMBER, GROUP_POISON, TrainingData,
+                                 check_target_classes)
 
 
 def test_in_masks_balanced_per_sample():
@@ -92,3 +93,9 @@ def test_stored_run_reused_and_keyed_by_settings(tmp_path):
     shadow.load_or_run_shadow_models(tmp_path, training, nonmember_features, nonmember_labels,
                                      name="run", **{**settings, "n_shadow": 6})
     assert len(list(tmp_path.glob("run-*.npz"))) == 2
+
+
+@pytest.mark.parametrize("classes", [[42], [], 3, [0, -1]])
+def test_invalid_target_classes_raise(classes):
+    with pytest.raises(ValueError, match="target_classes"):
+        check_target_classes(classes, num_classes=10, dataset="mnist5k")
