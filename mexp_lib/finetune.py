@@ -1,8 +1,8 @@
 """Fine-tuning of the whole network: extractor g and head trained together.
 
-The study's "impact of fine-tuning" variant trains every weight with Adam (lr 1e-5 in the
-paper) instead of the head alone. `fine_tune` returns the trained classifier; the helpers
-below measure how far its weights and batch-norm statistics moved.
+The "impact of fine-tuning" variant of Chen et al. (NeurIPS 2022) trains every weight with
+Adam at lr 1e-5 instead of the head alone. `fine_tune` returns the trained classifier. The
+helpers below measure how far its weights and batch-norm statistics moved.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class FineTuningConfig:
     """Training settings of a classifier whose extractor is trained with its head.
 
     Attributes:
-        lr: Adam learning rate of every weight, extractor and head (1e-5 in the paper).
+        lr: Adam learning rate of every weight, extractor and head (1e-5 in Chen et al., NeurIPS 2022).
         epochs: passes over the training set.
         batch_size: images per mini-batch.
         head_warmup_epochs: epochs of training the head alone on frozen features (the

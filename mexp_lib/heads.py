@@ -144,9 +144,9 @@ def train_heads(features: np.ndarray, labels: np.ndarray, *, num_classes: int,
                 progress: bool = True) -> HeadEnsemble:
     """Train one head per row of `train_masks`, all at once.
 
-    Model m is initialised by `init_head_parameters` from ``torch.Generator`` seeded with
-    ``seeds[m]``; the same generator then draws one permutation of the model's training
-    samples per epoch, cut into mini-batches of `batch_size` (the last one smaller).
+    Model m is initialised by `init_head_parameters` from a ``torch.Generator`` seeded with
+    ``seeds[m]``. The same generator then draws one permutation of the model's training
+    samples per epoch, which is cut into mini-batches of `batch_size` (the last one smaller).
 
     Args:
         features: float array (N, d) of every sample any model trains on.

@@ -182,15 +182,15 @@ def _balanced_seed_indices(pool: ImageSet, target_class: int, count: int,
     per_class = np.full(len(other_classes), count // len(other_classes))
     per_class[rng.permutation(len(other_classes))[:count % len(other_classes)]] += 1
     chosen = []
-    for label, wanted in zip(other_classes, per_class):
+    for label, requested in zip(other_classes, per_class):
         available = np.flatnonzero(pool.labels == label)
-        if wanted > len(available):
+        if requested > len(available):
             raise ValueError(
-                f"clean-label seeds: {wanted} images of class {pool.class_names[label]!r} "
+                f"clean-label seeds: {requested} images of class {pool.class_names[label]!r} "
                 f"needed but the attacker pool {pool.name} has {len(available)}; lower "
                 "b_poison or enlarge the pool"
             )
-        chosen.append(rng.choice(available, size=wanted, replace=False))
+        chosen.append(rng.choice(available, size=requested, replace=False))
     return np.concatenate(chosen)
 
 
