@@ -456,12 +456,8 @@ def run_settings(study: Study, poisoning_sets: Mapping[str, Mapping[int, Poisoni
     """
     jobs = [(poisoning, setting) for by_target in poisoning_sets.values()
             for poisoning in by_target.values() for setting in (None, privacy)]
-    results = []
-    for poisoning, setting in tqdm(jobs, desc="training heads", disable=not progress,
-                                   unit="head"):
-        results.append(run_setting(study, poisoning, seed=seed, training=training,
-                                   privacy=setting, store_dir=store_dir, device=device))
-    return results
+    return _run_jobs(study, jobs, seed=seed, training=training, store_dir=store_dir,
+                     device=device, description="training heads", progress=progress)
 
 
 def noise_sweep(study: Study, poisoning_sets: Mapping[int, PoisoningSet], *,
@@ -494,11 +490,18 @@ def noise_sweep(study: Study, poisoning_sets: Mapping[int, PoisoningSet], *,
     settings: list[PrivacyConfig | None] = [None] + [
         PrivacyConfig(noise_multiplier=float(sigma), max_grad_norm=max_grad_norm, delta=delta)
         for sigma in sorted(noise_multipliers)]
-    jobs = [(setting, poisoning) for setting in settings
+    jobs = [(poisoning, setting) for setting in settings
             for poisoning in poisoning_sets.values()]
-    results = []
-    for setting, poisoning in tqdm(jobs, desc="noise sweep", disable=not progress,
-                                   unit="head"):
-        results.append(run_setting(study, poisoning, seed=seed, training=training,
-                                   privacy=setting, store_dir=store_dir, device=device))
-    return results
+    return _run_jobs(study, jobs, seed=seed, training=training, store_dir=store_dir,
+                     device=device, description="noise sweep", progress=progress)
+
+
+def _run_jobs(study: Study, jobs: Sequence[tuple[PoisoningSet, PrivacyConfig | None]], *,
+              seed: int, training: TrainingConfig, store_dir: str | Path | None,
+              device: torch.device | None, description: str, progress: bool
+              ) -> list[RunResult]:
+    """Run `run_setting` for each (D_poison, privacy setting) pair, in order."""
+    return [run_setting(study, poisoning, seed=seed, training=training, privacy=setting,
+                        store_dir=store_dir, device=device)
+            for poisoning, setting in tqdm(jobs, desc=description, disable=not progress,
+                                           unit="head")]
