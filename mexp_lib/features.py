@@ -1,9 +1,9 @@
 """Batched feature extraction with an on-disk cache.
 
 Features of a frozen extractor depend only on the images and on g, so they are computed
-once and stored under a key that covers the image content (a SHA-256 of the uint8
-bytes), the images' origin (dataset and split, for readable file names) and the
-extractor with its weights and input size (`FeatureExtractor.cache_tag`).
+once and stored. The key covers the image content (a SHA-256 of the uint8 bytes), the
+images' origin (dataset and split, for readable file names) and the extractor with its
+weights and input size (`FeatureExtractor.cache_tag`).
 """
 
 from __future__ import annotations

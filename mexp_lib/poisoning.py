@@ -1,8 +1,8 @@
 """The two poisoning attacks: dirty-label and clean-label (feature collision).
 
-Both attacks spend a budget of b images against a target class t. b - b//C of them are
-poisons; the other b//C are correctly labelled target-class images from the attacker pool,
-so that D_poison looks class-balanced (C is the number of classes).
+Both attacks spend a budget of b images against a target class t, where C is the number of
+classes. b - b//C of them are poisons. The other b//C are correctly labelled target-class
+images from the attacker pool, so that D_poison looks class-balanced.
 
 * Dirty-label: the poisons are target-class pool images, each relabelled uniformly at
   random to one of the other classes.

@@ -110,8 +110,8 @@ def run_notebook(notebook: str, *, profile: str, overrides: dict | None = None,
         )
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    # A run record marks a finished run; remove it first so a failed rerun is not
-    # mistaken for a finished one (by make, or by the report).
+    # A run record marks a finished run. Removing it first keeps make and the report
+    # from taking a failed rerun for a finished one.
     (output_dir / "run.json").unlink(missing_ok=True)
     unexecuted = build_dir / f".{notebook}.input.ipynb"
     jupytext.write(source_notebook, unexecuted)

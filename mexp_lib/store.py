@@ -2,7 +2,7 @@
 
 Every artifact is one ``.npz`` file written to a temporary name and renamed into place,
 so a file that exists is complete. `cached_arrays` computes an artifact only when its
-file is missing; a file that exists but cannot be read raises `CorruptArtifactError`
+file is missing. A file that exists but cannot be read raises `CorruptArtifactError`
 naming the file, rather than being recomputed behind the user's back.
 """
 

@@ -30,8 +30,8 @@
 # LiRA then scores the target model's logit-scaled confidence on each target-class sample
 # against Gaussians fitted to the shadow models' scores. With few shadow models (fewer
 # than about 64), Carlini et al. fit one variance over all examples instead of one per
-# example (`fix_variance`); the profiles below 64 shadow models do so, the paper profile
-# with 128 does not.
+# example (`fix_variance`). The profiles with fewer than 64 shadow models do so, and the
+# paper profile with 128 does not.
 
 # %% tags=["parameters"]
 profile = "smoke"
